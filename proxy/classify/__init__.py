@@ -1,0 +1,1 @@
+"""Classification: what sensitive data a request carries, and at which level."""
