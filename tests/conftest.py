@@ -14,7 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import anthropic
@@ -176,7 +176,7 @@ def spans() -> InMemorySpanExporter:
 def logs() -> Iterator[list[dict[str, Any]]]:
     """Every structlog event emitted during the test, as dicts."""
     with structlog.testing.capture_logs() as captured:
-        yield captured
+        yield cast(list[dict[str, Any]], captured)  # structlog types them as MutableMapping
 
 
 @pytest.fixture

@@ -32,7 +32,12 @@ def _record(n: int, **fields: Any) -> dict[str, Any]:
 
 
 def _writer(directory: Path, key: bytes | None = None, **limits: Any) -> SegmentWriter:
-    settings = {"max_bytes": 1 << 20, "max_seconds": 3600.0, "retention_days": None, "fsync": True}
+    settings: dict[str, Any] = {
+        "max_bytes": 1 << 20,
+        "max_seconds": 3600.0,
+        "retention_days": None,
+        "fsync": True,
+    }
     settings.update(limits)
     writer = SegmentWriter(directory, Chain(key), SegmentLimits(**settings))
     writer.open()

@@ -13,6 +13,7 @@ import json
 import secrets
 import string
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -195,9 +196,9 @@ async def test_no_secret_reaches_logs_spans_metrics_or_error_bodies(
 
     # Allowed, masked and rerouted: answered, whole and streamed, in each wire format.
     for client in (open_client, masking, rerouting):
-        await run.ok(lambda c=client: c.chat.completions.create(model=chat, messages=_user()))
+        await run.ok(partial(client.chat.completions.create, model=chat, messages=_user()))
         stream = await run.ok(
-            lambda c=client: c.chat.completions.create(model=chat, messages=_user(), stream=True)
+            partial(client.chat.completions.create, model=chat, messages=_user(), stream=True)
         )
         await _drain(stream)
     await run.ok(lambda: open_client.responses.create(model=chat, input=PROMPT))
@@ -240,7 +241,7 @@ async def test_no_secret_reaches_logs_spans_metrics_or_error_bodies(
             base_url=sluice.url + "/v1", api_key=credential, max_retries=0
         ) as stranger:
             unknown = run.refused(
-                lambda s=stranger: s.chat.completions.create(model=chat, messages=_user())
+                partial(stranger.chat.completions.create, model=chat, messages=_user())
             )
             assert await unknown == 401
 

@@ -97,7 +97,7 @@ def test_the_registry_is_exported_through_otlp_instruments() -> None:
     seconds.observe(0.2, filter="route")
     data = reader.get_metrics_data()
     assert data is not None
-    exported = {
+    exported: dict[str, list[Any]] = {
         metric.name: list(metric.data.data_points)
         for resource in data.resource_metrics
         for scope in resource.scope_metrics

@@ -687,7 +687,7 @@ def test_chat_stream_error_becomes_anthropic_error_event() -> None:
 
 
 def test_anthropic_events_become_openai_chunks() -> None:
-    message = {
+    message: dict[str, Any] = {
         "id": "msg_1",
         "type": "message",
         "role": "assistant",
@@ -905,7 +905,7 @@ async def test_untranslatable_anthropic_feature_is_a_clear_400_sent_nowhere(
             model="claude-sonnet-4-6",
             max_tokens=64,
             messages=_user(SECRET_PROJECT),
-            tools=[{"type": "web_search_20250305", "name": "web_search"}],  # type: ignore[list-item]
+            tools=[{"type": "web_search_20250305", "name": "web_search"}],
         )
     body = caught.value.body
     assert isinstance(body, dict) and body["type"] == "error"
@@ -1169,6 +1169,6 @@ async def test_masked_values_are_restored_in_translated_anthropic_answers(
             text = "".join([piece async for piece in events.text_stream])
     else:
         message = await anthropic_client.messages.create(**request)
-        text = message.content[0].text  # type: ignore[union-attr]
+        text = message.content[0].text
     assert text == f"Mail {email} now"
     assert email not in json.dumps([r.body for r in fake_vllm.received])
