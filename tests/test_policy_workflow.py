@@ -459,3 +459,20 @@ def test_replay_of_a_missing_audit_dir_says_so(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "is not a directory" in result.stderr
+
+
+def test_diff_reports_what_models_serve_and_fall_back_to(tmp_path: Path) -> None:
+    new = _copy_policies(tmp_path / "new")
+    _edit(new / "models.yaml", "endpoints: [chat, responses]", "endpoints: [chat, embeddings]")
+    _edit(
+        new / "models.yaml",
+        "  llama-3.3-70b:\n    provider: onprem\n",
+        "  llama-3.3-70b:\n    provider: onprem\n    fallbacks: [gpt-4o]\n",
+    )
+    changes = diff_policies(load_policy(REPO / "policies"), load_policy(new))
+    summary = {(c.area, c.subject, c.what, c.direction) for c in changes}
+    assert summary == {
+        ("models", "llama-3.3-70b", "serves embeddings too", "loosening"),
+        ("models", "llama-3.3-70b", "no longer serves responses", "tightening"),
+        ("models", "llama-3.3-70b", "fallbacks none -> gpt-4o", "neutral"),
+    }

@@ -9,11 +9,19 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import Any, get_args
 
 from proxy.classify.decision import level_of
 from proxy.policy.loader import LoadedPolicy
-from proxy.policy.model import ACTION_ORDER, Action, Classification, LevelName, Limits, RoleConfig
+from proxy.policy.model import (
+    ACTION_ORDER,
+    Action,
+    Classification,
+    LevelName,
+    Limits,
+    ModelEndpoint,
+    RoleConfig,
+)
 
 LIMIT_NAMES = tuple(Limits.model_fields)
 LEVELS: tuple[LevelName, ...] = ("public", "internal", "confidential", "restricted")
@@ -386,6 +394,33 @@ def _providers_and_models(old: LoadedPolicy, new: LoadedPolicy) -> list[Change]:
                 changes.append(Change("models", name, text, "neutral", at))
             if m_before.price != m_after.price:
                 changes.append(Change("models", name, "price changed", "neutral", at))
+            if m_before.fallbacks != m_after.fallbacks:
+                text = (
+                    f"fallbacks {', '.join(m_before.fallbacks) or 'none'} -> "
+                    f"{', '.join(m_after.fallbacks) or 'none'}"
+                )
+                changes.append(Change("models", name, text, "neutral", at))
+            changes.extend(_model_endpoints(name, m_before.endpoints, m_after.endpoints, at))
+    return changes
+
+
+def _model_endpoints(
+    name: str,
+    before: tuple[ModelEndpoint, ...] | None,
+    after: tuple[ModelEndpoint, ...] | None,
+    at: str | None,
+) -> list[Change]:
+    """The APIs a model answers (left out: all of them)."""
+    every = set(get_args(ModelEndpoint))
+    served_before = every if before is None else set(before)
+    served_after = every if after is None else set(after)
+    changes: list[Change] = []
+    if more := served_after - served_before:
+        changes.append(Change("models", name, f"serves {_listing(more)} too", "loosening", at))
+    if fewer := served_before - served_after:
+        changes.append(
+            Change("models", name, f"no longer serves {_listing(fewer)}", "tightening", at)
+        )
     return changes
 
 
