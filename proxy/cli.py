@@ -101,6 +101,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--audit-dir", type=Path, help="default: the policy's, or <data dir>/audit"
     )
     _data_dir_option(reindex, defaults)
+    dashboard_serve = dashboard_commands.add_parser(
+        "serve", help="serve the dashboard as a process of its own (no model endpoints)"
+    )
+    dashboard_serve.add_argument("--host", default="127.0.0.1")
+    dashboard_serve.add_argument("--port", type=int, default=8081)
+    dashboard_serve.add_argument("--policies", type=Path, default=Path("policies"))
+    dashboard_serve.add_argument(
+        "--audit-dir", type=Path, help="default: the policy's, or <data dir>/audit"
+    )
+    dashboard_serve.add_argument("--log-level", default="info")
+    _data_dir_option(dashboard_serve, defaults)
 
     _audit_commands(commands, defaults)
 
@@ -109,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _audit(args, defaults)
     if args.command == "dashboard":
         settings = dataclasses.replace(defaults, data_dir=args.data_dir)
+        if args.dashboard_command == "serve":
+            return _dashboard_serve(args, settings)
         return _dashboard_reindex(args.policies, args.audit_dir, settings)
     if args.command == "serve":
         settings = dataclasses.replace(defaults, data_dir=args.data_dir)
@@ -424,6 +437,23 @@ def _dashboard_reindex(policies: Path, audit_dir: Path | None, settings: Setting
         f"indexed {total:,} records from {audit_dir} in {time.monotonic() - started:.1f} s;"
         f" chain {state}"
     )
+    return 0
+
+
+def _dashboard_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from proxy.app import run
+    from proxy.dashboard.server import build_dashboard_app
+    from proxy.policy.store import PolicyStore
+
+    configure_logging(args.log_level)
+    try:
+        store = PolicyStore.open(args.policies)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"sluice: the policy in {args.policies} does not load; not starting", file=sys.stderr)
+        return 1
+    run(build_dashboard_app(store, settings, audit_dir=args.audit_dir), args.host, args.port)
     return 0
 
 

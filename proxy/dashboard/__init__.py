@@ -40,17 +40,27 @@ def index_path(settings: Settings) -> Path:
 
 
 def setup_dashboard(
-    app: web.Application, store: PolicyStore, settings: Settings, *, poll_interval: float = 1.0
+    app: web.Application,
+    store: PolicyStore,
+    settings: Settings,
+    *,
+    poll_interval: float = 1.0,
+    directory: Path | None = None,
+    always: bool = False,
 ) -> None:
-    """Serve the dashboard from `app` when the policy enables it (the default)."""
-    if not store.current.policy.identity.dashboard.enabled:
+    """Serve the dashboard from `app` when the policy enables it (the default), or `always`
+    (`sluice dashboard serve`, a process that is nothing else). `directory` overrides the
+    policy's audit directory."""
+    if not always and not store.current.policy.identity.dashboard.enabled:
         return
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         http = aiohttp.ClientSession()
         tokens = open_token_store(settings.redis_url, settings.data_dir)
         index = IndexService(
-            AuditIndex(index_path(settings), audit_dir(store.current.policy, settings)),
+            AuditIndex(
+                index_path(settings), directory or audit_dir(store.current.policy, settings)
+            ),
             poll_interval,
         )
         await index.start()
