@@ -11,6 +11,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 SEGMENT = re.compile(r"^audit-(\d{6,})\.jsonl$")
 _BLOCK = 64 * 1024
 
@@ -68,9 +70,16 @@ def last_record(path: Path) -> dict[str, Any] | None:
 
 
 def parse_record(line: bytes) -> dict[str, Any] | None:
-    """One line of a segment as a record; None when it is not a JSON object (cut, edited)."""
+    """One line of a segment as a record; None when it is not a JSON object (cut, edited).
+
+    orjson first (several times faster: the dashboard parses every record); the standard
+    library for what orjson refuses but the writer's fallback can produce (an escaped lone
+    surrogate) or an editor could (NaN, integers past 64 bits)."""
     try:
-        value = json.loads(line)
-    except ValueError:
-        return None
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        try:
+            value = json.loads(line)
+        except ValueError:
+            return None
     return value if isinstance(value, dict) else None
