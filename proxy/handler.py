@@ -62,18 +62,15 @@ class Gateway:
     shadow: Shadow | None = None  # a second policy every model call is also judged by
     # No audit, no egress: the request record is durable before the upstream call.
     audit: AuditRecorder = field(default_factory=lambda: AuditRecorder(None))
-    # Filters settle what they hold after the answer has gone out, not before it.
+    # Closing audit records waiting for the shadow policy's judgement; shutdown waits for them.
     settling: set[asyncio.Task[None]] = field(default_factory=set)
 
     def settle(self, ctx: RequestContext) -> None:
         """Start settling `ctx` (releasing slots, reconciling tokens) without delaying the
-        answer. A task of its own, so neither the handler's cancellation nor its return cuts
-        it short; shutdown waits for those still running."""
-        if not self.pipeline.holds(ctx):
-            return
-        task = asyncio.get_running_loop().create_task(self.pipeline.finish(ctx))
-        self.settling.add(task)
-        task.add_done_callback(self.settling.discard)
+        answer: the filters send what they must and return; nothing here awaits, so neither
+        the handler's cancellation nor its return cuts it short."""
+        if self.pipeline.holds(ctx):
+            self.pipeline.finish(ctx)
 
     def record(self, ctx: RequestContext) -> None:
         """Queue `ctx`'s closing audit records; with a shadow policy, once its judgement of

@@ -28,9 +28,13 @@ class RequestFilter(Protocol):
 @runtime_checkable
 class FinishingFilter(RequestFilter, Protocol):
     """A filter that holds something for the request (a concurrency slot, a token estimate)
-    and settles it when the request ends, however it ends."""
+    and settles it when the request ends, however it ends.
 
-    async def on_finish(self, ctx: RequestContext) -> None: ...
+    `on_finish` starts what it needs and returns at once (it runs in the handler's `finally`,
+    also while the handler is being cancelled, and must not delay the answer): a filter that
+    talks to a store sends and leaves the reply to a callback."""
+
+    def on_finish(self, ctx: RequestContext) -> None: ...
 
 
 class Pipeline:
@@ -85,14 +89,14 @@ class Pipeline:
         names = {f.name for f in self.finishing}
         return any(e.filter in names and e.verdict == "pass" for e in ctx.trail)
 
-    async def finish(self, ctx: RequestContext) -> None:
+    def finish(self, ctx: RequestContext) -> None:
         """Let each filter that passed this request settle it, last first. Never raises."""
         passed = {entry.filter for entry in ctx.trail if entry.verdict == "pass"}
         for request_filter in self.finishing:
             if request_filter.name not in passed:
                 continue
             try:
-                await request_filter.on_finish(ctx)
+                request_filter.on_finish(ctx)
             except Exception as exc:
                 log.error(
                     "filter_finish_failed",

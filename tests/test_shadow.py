@@ -199,7 +199,7 @@ async def test_shadow_verdict_is_left_on_the_context(
     shadow.judge(ctx, received, deny)
     await shadow.settled(ctx)
     assert ctx.shadow == ShadowVerdict(shadow_store.current.version, "blocked", True)
-    await live.finish(ctx)
+    live.finish(ctx)
 
 
 async def test_serve_loads_shadow_policies_from_the_environment(

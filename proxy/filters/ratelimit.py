@@ -90,7 +90,7 @@ class RateLimit:
         add_limit_headers(ctx, plan, decision)
         return None
 
-    async def on_finish(self, ctx: RequestContext) -> None:
+    def on_finish(self, ctx: RequestContext) -> None:
         ticket = ctx.limit_ticket
         if ticket is None:
             return

@@ -106,7 +106,7 @@ class Judge:
         ctx.requested_model = parsed["model"]
         ctx.stream = parsed.get("stream") is True
         deny = await pipeline.run(ctx)
-        await pipeline.finish(ctx)
+        pipeline.finish(ctx)
         return ctx, deny
 
     async def outcome(self, request: Request) -> Outcome:

@@ -82,7 +82,7 @@ class Shadow:
         )
         try:
             deny = await self._pipeline.run(copy)
-            await self._pipeline.finish(copy)
+            self._pipeline.finish(copy)
             decision = outcome_of(copy, deny).decision
         except Exception as exc:  # the shadow never affects the live request
             log.error("shadow_failed", request_id=ctx.request_id, error_type=type(exc).__name__)
