@@ -1129,7 +1129,9 @@ def section(r: Results, started: str, host: str, elapsed: float) -> str:
         "Caveat on PERSON: Sluice's name gazetteer is Faker's first-name and surname lists, "
         "independent of this set's names (short lists in `make_dataset.py`), but it contains "
         "nearly all of them (all but 3 of 72 first names and 5 of 84 surnames), as it would "
-        "contain most real names; names it lacks rest on spaCy alone. The rules were tuned on "
+        "contain most real names; names it lacks rest on spaCy alone. Capitalised words that "
+        "are English words (WordNet's, from the spaCy model's lemmatizer tables) and no name "
+        "are not sent to spaCy. The rules were tuned on "
         "this set; `tests/test_classify_detectors.py` holds hand-written cases outside it.",
         "",
         f"Data: {r.cases} cases with {r.spans} labeled spans ({kinds}).",
@@ -1200,11 +1202,12 @@ def section(r: Results, started: str, host: str, elapsed: float) -> str:
             "",
             "Ceiling: the CPU time to classify every turn's distinct texts over the CPU time to "
             "classify each text once, in one process with no pool and no filter: what a cache "
-            "that cost nothing could give with this detector on this conversation. It is below "
-            "the character ratio when the costly texts (prose whose capitalised words the "
-            "gazetteers leave open, which goes through spaCy at several times the cost per "
-            "character of code, logs or plain prose) come late in the conversation and so are "
-            "resent less often than the average text.",
+            "that cost nothing could give with this detector on this conversation. It departs "
+            "from the character ratio as far as texts differ in cost per character: the costlier "
+            "ones (log excerpts; prose whose capitalised words the word lists leave open, which "
+            "goes through spaCy at a millisecond a window) raise it when they come early in the "
+            "conversation, and lower it when they come late and so are resent less often than "
+            "the average text.",
             "",
             "Fixed costs per request, which the cache cannot remove: turn "
             f"{requests.turns} resent with every text already cached takes "

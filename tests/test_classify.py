@@ -217,8 +217,9 @@ async def test_classification_timeout_fails_closed(
 ) -> None:
     _edit_classification(sluice, timeout_seconds=0.000001)
     # Long enough to keep a worker busy for a while: a short text can come back from the worker
-    # before a busy event loop gets round to the timer.
-    text = " ".join(f"Call {i} with Ravi Okonkwo about the Zanzibar contract." for i in range(3000))
+    # before a busy event loop gets round to the timer (Qarvessa: no word list knows it, so
+    # spaCy reads a window around each).
+    text = " ".join(f"Call {i} with Ravi Okonkwo about the Qarvessa contract." for i in range(3000))
     with pytest.raises(openai.InternalServerError) as caught:
         await openai_client.chat.completions.create(model="gpt-4o", messages=_user(text))
     assert caught.value.status_code == 503

@@ -66,6 +66,33 @@ def test_a_country_that_is_also_a_first_name_is_a_place(detector: Detector) -> N
     assert found(detector, "What is the capital of France?") == [("LOCATION", "France")]
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Revenue grew, driven by the Enterprise tier and the Snowflake migration.", []),
+        ("She moved from a monolith to services at Soylent Foods.", []),
+        ("Based in Seattle, open to relocation.", [("LOCATION", "Seattle")]),
+        ("She joins the team in Berlin on Tuesday.", [("LOCATION", "Berlin")]),
+        ("See you at the front desk.\n\nThanks,\nKeiko Dubois", [("PERSON", "Keiko Dubois")]),
+    ],
+)
+def test_the_word_lists_settle_capitalised_words_without_spacy(
+    detector: Detector, text: str, expected: list[tuple[str, str]]
+) -> None:
+    """English words, a company, places after "in" (a city that is a first name too), an
+    unknown first name before a known surname: spaCy, most of the cost, is left nothing to
+    read."""
+    assert found(detector, text) == expected
+    assert detector.names is not None
+    assert detector.names.known_names(text, technical=False)[1] == []
+
+
+def test_a_name_no_list_knows_still_goes_to_spacy(detector: Detector) -> None:
+    assert detector.names is not None
+    _, open_words = detector.names.known_names("The review with Qarvessa went well.", False)
+    assert [word.text for word in open_words] == ["Qarvessa"]
+
+
 CODE = '''import logging
 from dataclasses import dataclass
 

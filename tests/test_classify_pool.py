@@ -27,9 +27,10 @@ from proxy.filters.classify import Classify, detector_config
 from proxy.policy.loader import load_policy
 from proxy.policy.store import PolicySnapshot
 
-# Keeps a worker busy for a while (seconds), so a test can act while the job runs.
+# Keeps a worker busy for a while (seconds), so a test can act while the job runs: a made-up
+# name no word list knows, so spaCy reads a window around every one.
 LONG_TEXT = " ".join(
-    f"Call {i} with Ravi Okonkwo about the Zanzibar contract." for i in range(1000)
+    f"Call {i} with Ravi Okonkwo about the Qarvessa contract." for i in range(1000)
 )
 
 

@@ -98,7 +98,7 @@ class Detector:
         wanted = frozenset(config.presidio_entities)
         self.structured = StructuredFinder(wanted)
         self.ner_entities = wanted & NER_ENTITIES
-        self.names = NameFinder(gazetteer()) if self.ner_entities else None
+        self.names = NameFinder(gazetteer(SPACY_MODEL)) if self.ner_entities else None
         self.nlp = ner_pipeline() if self.ner_entities else None
         self.entities = sorted(wanted - self.structured.covered - NER_ENTITIES)
         self.analyzer = presidio_analyzer() if self.entities else None
