@@ -747,6 +747,8 @@ def section(
             f"`{limits}` and the model a global ceiling `limits.global_models.gpt-4o: "
             f"{ceiling}` (high enough never to refuse, so both key groups, the caller's and "
             "the model's, are counted on every request), *no limits* has no limits at all. "
+            "Both keep the default audit log and dashboard (the policies have no audit.yaml "
+            "and the repository's identity.yaml), as a deployment runs them. "
             "Requests carry one personal token issued with `sluice token issue` into Redis "
             "(REDIS_URL set). Before measuring, *limits* answered `x-ratelimit-limit-requests: "
             f"{report.limits_header}` and *no limits* no such header. Each scenario warms "
