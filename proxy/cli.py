@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -33,6 +33,9 @@ from proxy.log import configure_logging
 from proxy.policy.commands import add_workflow_commands, run_workflow_command
 from proxy.policy.loader import LoadedPolicy, PolicyError, load_policy
 from proxy.settings import Settings
+
+if TYPE_CHECKING:
+    from proxy.policy.store import PolicyStore
 
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -440,18 +443,27 @@ def _dashboard_reindex(policies: Path, audit_dir: Path | None, settings: Setting
     return 0
 
 
-def _dashboard_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from proxy.app import run
-    from proxy.dashboard.server import build_dashboard_app
+def _open_store(directory: Path) -> PolicyStore | None:
+    """The policy store a server starts on; None, with every problem printed, when the policy
+    does not load (a server never starts without a good policy)."""
     from proxy.policy.store import PolicyStore
 
-    configure_logging(args.log_level)
     try:
-        store = PolicyStore.open(args.policies)
+        return PolicyStore.open(directory)
     except PolicyError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
-        print(f"sluice: the policy in {args.policies} does not load; not starting", file=sys.stderr)
+        print(f"sluice: the policy in {directory} does not load; not starting", file=sys.stderr)
+        return None
+
+
+def _dashboard_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from proxy.app import run
+    from proxy.dashboard.server import build_dashboard_app
+
+    configure_logging(args.log_level)
+    store = _open_store(args.policies)
+    if store is None:
         return 1
     run(build_dashboard_app(store, settings, audit_dir=args.audit_dir), args.host, args.port)
     return 0
@@ -461,20 +473,16 @@ def _serve(
     host: str, port: int, directory: Path, settings: Settings, args: argparse.Namespace
 ) -> int:
     from proxy.app import build_app, run
-    from proxy.policy.store import PolicyStore
 
     configure_logging(args.log_level)
     stores: list[PolicyStore] = []
     for source in (directory, args.shadow_policies):
         if source is None:
             continue
-        try:
-            stores.append(PolicyStore.open(Path(source)))
-        except PolicyError as exc:
-            for problem in exc.problems:
-                print(problem, file=sys.stderr)
-            print(f"sluice: the policy in {source} does not load; not starting", file=sys.stderr)
+        store = _open_store(Path(source))
+        if store is None:
             return 1
+        stores.append(store)
     store, shadow_store = stores[0], (stores[1] if len(stores) > 1 else None)
     log = structlog.get_logger("sluice")
     log.info(
