@@ -304,3 +304,32 @@ async def test_stream_that_had_started_is_not_retried_but_ends_with_an_error_eve
             pass
     assert "broke during the stream" in str(caught.value)
     assert sum(len(f.received) for f in pool[1:]) == 0  # bytes had gone out: no retry
+
+
+async def test_answers_that_break_off_count_against_their_endpoint(
+    sluice: Sluice, openai_client: openai.AsyncOpenAI, pool: list[FakeVLLM]
+) -> None:
+    """A server that accepts requests and then drops them mid-answer (its health check still
+    fine) is ejected like one that refuses them; answers that end whole keep the others in."""
+    victim, *others = pool
+    victim.behaviour.cut_after_events = 1
+    broken = 0
+    for _ in range(12):
+        if len(victim.received) == POOL["failure_threshold"]:
+            break
+        stream = await openai_client.chat.completions.create(
+            model=LLAMA, messages=HELLO, stream=True
+        )
+        try:
+            async for _chunk in stream:
+                pass
+        except openai.APIError as exc:
+            assert "broke during the stream" in str(exc)
+            broken += 1
+    assert broken == len(victim.received) == POOL["failure_threshold"]
+    metrics = await scrape_metrics(sluice.url)
+    # (Not `sluice_pool_endpoint_up`: on a slow machine the cooldown may end, and the healthy
+    # check readmit it, before the scrape.)
+    assert metrics[endpoint_metric("sluice_pool_endpoint_ejections_total", victim)] == 1
+    for fake in others:
+        assert metrics[endpoint_metric("sluice_pool_endpoint_ejections_total", fake)] == 0

@@ -62,6 +62,10 @@ class Upstream:
     def retire(self) -> None:
         """Stop background work: a reload replaced this client. Requests in flight go on."""
 
+    def answer_broke(self, response: aiohttp.ClientResponse) -> None:
+        """The connection broke (or the stream ended early) after `response`'s headers: the
+        provider's fault, not the caller's. A pool counts it against the endpoint; no-op here."""
+
     def url(self, wire: WireFormat) -> str:
         raise NotImplementedError
 

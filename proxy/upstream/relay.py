@@ -113,6 +113,7 @@ async def _relay_whole(
             f"{upstream.config.timeouts.total:g} s.",
         ) from None
     except aiohttp.ClientError:
+        upstream.answer_broke(response)
         raise UpstreamError(
             ErrorKind.UPSTREAM_UNREACHABLE,
             f"The connection to provider {upstream.name!r} broke before the answer was complete.",
@@ -256,6 +257,7 @@ async def _relay_stream(
                 events = translator.end()
                 await _pass_on(answer, events, restorer, watcher, ctx.answer_events, collected)
         if not watcher.finished:
+            upstream.answer_broke(response)
             failure = (
                 ErrorKind.UPSTREAM_UNREACHABLE,
                 f"Provider {upstream.name!r} ended the stream before it was complete.",
@@ -270,6 +272,7 @@ async def _relay_stream(
             f"{upstream.config.timeouts.total:g} s.",
         )
     except aiohttp.ClientError:
+        upstream.answer_broke(response)
         failure = (
             ErrorKind.UPSTREAM_UNREACHABLE,
             f"The connection to provider {upstream.name!r} broke during the stream.",

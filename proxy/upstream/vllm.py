@@ -102,9 +102,11 @@ def parse_vllm_metrics(text: str) -> dict[str, float]:
 
 
 class _PoolResponse(aiohttp.ClientResponse):
-    """A response that tells the pool when it is closed, which is when its request ends."""
+    """A response that tells the pool when it is closed, which is when its request ends, and
+    whether its answer broke off on the way."""
 
     on_close: Callable[[], None] | None = None
+    broken = False
 
     def close(self) -> None:
         super().close()
@@ -301,16 +303,31 @@ class VLLMUpstream(OpenAIUpstream):
             settle()
             endpoint.probing = False
             raise
-        if response.status >= 500:
+        failed = response.status >= 500
+        if failed:
             self._failed(endpoint, f"status {response.status}")
-        else:
-            # 429 is load shedding by a healthy server; a 4xx is the request's own fault.
-            self._succeeded(endpoint)
-        if isinstance(response, _PoolResponse):
-            response.on_close = settle
-        else:  # pragma: no cover - the session always builds _PoolResponse
+
+        def ended() -> None:
+            """The answer is over: it counts for the endpoint if it arrived whole (429 is load
+            shedding by a healthy server, a 4xx the request's own fault, a client that went
+            away nobody's), against it if the connection broke or the stream stopped short."""
             settle()
+            if failed:
+                return  # counted when the status came
+            if isinstance(response, _PoolResponse) and response.broken:
+                self._failed(endpoint, "answer broke off")
+            else:
+                self._succeeded(endpoint)
+
+        if isinstance(response, _PoolResponse):
+            response.on_close = ended
+        else:  # pragma: no cover - the session always builds _PoolResponse
+            ended()
         return response
+
+    def answer_broke(self, response: aiohttp.ClientResponse) -> None:
+        if isinstance(response, _PoolResponse):
+            response.broken = True
 
     # Health checks and metrics.
 
