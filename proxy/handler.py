@@ -65,13 +65,6 @@ class Gateway:
     # Closing audit records waiting for the shadow policy's judgement; shutdown waits for them.
     settling: set[asyncio.Task[None]] = field(default_factory=set)
 
-    def settle(self, ctx: RequestContext) -> None:
-        """Start settling `ctx` (releasing slots, reconciling tokens) without delaying the
-        answer: the filters send what they must and return; nothing here awaits, so neither
-        the handler's cancellation nor its return cuts it short."""
-        if self.pipeline.holds(ctx):
-            self.pipeline.finish(ctx)
-
     def record(self, ctx: RequestContext) -> None:
         """Queue `ctx`'s closing audit records; with a shadow policy, once its judgement of
         this request is in (it is written into the response record)."""
@@ -208,7 +201,7 @@ async def handle_model_call(request: web.Request, wire: WireFormat) -> web.Strea
         # However the request ended (answered, denied, failed, client gone).
         if ctx.status is None and response is not None:
             ctx.status = response.status
-        gateway.settle(ctx)
+        gateway.pipeline.finish(ctx)  # releasing slots, reconciling tokens; never awaits
         telemetry.end(ctx)
         gateway.record(ctx)
     return response

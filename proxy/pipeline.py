@@ -82,15 +82,11 @@ class Pipeline:
             ctx.trail.append(TrailEntry(request_filter.name, "pass", None, ms))
         return None
 
-    def holds(self, ctx: RequestContext) -> bool:
-        """Whether a filter that passed this request has something to settle when it ends."""
-        if not self.finishing:
-            return False
-        names = {f.name for f in self.finishing}
-        return any(e.filter in names and e.verdict == "pass" for e in ctx.trail)
-
     def finish(self, ctx: RequestContext) -> None:
-        """Let each filter that passed this request settle it, last first. Never raises."""
+        """Let each filter that passed this request settle it, last first, without delaying
+        the answer (see `FinishingFilter`). Never raises."""
+        if not self.finishing:
+            return
         passed = {entry.filter for entry in ctx.trail if entry.verdict == "pass"}
         for request_filter in self.finishing:
             if request_filter.name not in passed:
