@@ -149,6 +149,46 @@ async def handle_model_call(request: web.Request, wire: WireFormat) -> web.Strea
     telemetry.begin(ctx, request.method)
     response: web.StreamResponse | None = None
     try:
+        response = await answer_model_call(request, ctx, gateway)
+        await send_answer(request, ctx, response)
+    except asyncio.CancelledError:
+        ctx.ended = "client_disconnect"
+        ctx.status = 499
+        raise
+    finally:
+        # However the request ended (answered, denied, failed, client gone), and only once
+        # the answer is out: what settles the request (releasing slots, reconciling tokens)
+        # is no round trip the client waits for.
+        if ctx.status is None and response is not None:
+            ctx.status = response.status
+        gateway.pipeline.finish(ctx)  # never awaits
+        telemetry.end(ctx)
+        gateway.record(ctx)
+    return response
+
+
+async def send_answer(
+    request: web.Request, ctx: RequestContext, response: web.StreamResponse
+) -> None:
+    """Write an answer that is not out yet (all but a relayed stream), as aiohttp would once
+    the handler returns, so that the handler's `finally` runs after it."""
+    if response.prepared:
+        return
+    response.headers["x-request-id"] = ctx.request_id
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+    except ConnectionError:  # the client left; aiohttp, finishing, gives up on it too
+        ctx.ended = "client_disconnect"
+        ctx.status = 499
+
+
+async def answer_model_call(
+    request: web.Request, ctx: RequestContext, gateway: Gateway
+) -> web.StreamResponse:
+    """The answer to a model call: the provider's, relayed, or a protocol-shaped error."""
+    wire = ctx.wire
+    try:
         deny = await gateway.identify.run(ctx)
         if deny is None:
             deny = await read_request(request, ctx)
@@ -164,6 +204,7 @@ async def handle_model_call(request: web.Request, wire: WireFormat) -> web.Strea
         response = await call_upstream(request, ctx, gateway)
         if ctx.status is None:
             ctx.status = response.status
+        return response
     except AuditUnavailable:
         ctx.ended = "error"
         ctx.status = ErrorKind.UNAVAILABLE.status
@@ -178,10 +219,6 @@ async def handle_model_call(request: web.Request, wire: WireFormat) -> web.Strea
         ctx.ended = "upstream_error"
         ctx.status = exc.kind.status
         return upstream_error_response(ctx, exc)
-    except asyncio.CancelledError:
-        ctx.ended = "client_disconnect"
-        ctx.status = 499
-        raise
     except Exception as exc:
         log.error(
             "request_failed",
@@ -197,14 +234,6 @@ async def handle_model_call(request: web.Request, wire: WireFormat) -> web.Strea
             f"The gateway failed to handle this request. Request id: {ctx.request_id}",
             request_id=ctx.request_id,
         )
-    finally:
-        # However the request ended (answered, denied, failed, client gone).
-        if ctx.status is None and response is not None:
-            ctx.status = response.status
-        gateway.pipeline.finish(ctx)  # releasing slots, reconciling tokens; never awaits
-        telemetry.end(ctx)
-        gateway.record(ctx)
-    return response
 
 
 def _may_fall_back(status: int) -> bool:
