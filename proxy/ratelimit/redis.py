@@ -223,17 +223,15 @@ class RedisLimits:
             return
         self.round_trips += 1
 
-        def done(future: asyncio.Future[list[Reply]]) -> None:
-            if future.cancelled():
-                return
-            error = future.exception() or future.result()[0]
+        def answered(outcome: list[Reply] | Exception) -> None:
+            error = outcome if isinstance(outcome, Exception) else outcome[0]
             if isinstance(error, NoScriptError):
                 self._loaded = False
                 self._settle_later(payload, failed)
-            elif isinstance(error, BaseException):
+            elif isinstance(error, Exception):
                 failed(error)
 
-        self._connection.submit(payload, 1).add_done_callback(done)
+        self._connection.send(payload, 1, answered)
 
     def _settle_later(self, payload: bytes, failed: Callable[[BaseException], None]) -> None:
         """The settle in a task: it has to open the connection or load the scripts first."""

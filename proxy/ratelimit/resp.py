@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import ssl
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -23,6 +24,8 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Reply = Any  # bytes | int | list[Reply] | None | ResponseError
+# How long a command nobody waits for (a settle) may wait for company before it is written.
+_LINGER_S = 0.001
 
 
 def bulk(data: bytes) -> bytes:
@@ -44,16 +47,36 @@ def encode(*parts: str | bytes | int | float) -> bytes:
     return b"".join(out)
 
 
+Answered = Callable[[list[Reply] | Exception], None]
+
+
 class _Pending:
-    """The replies one submitted batch of commands is waiting for."""
+    """The replies one submitted batch of commands is waiting for, and who is told: a future
+    someone awaits, or a callback (its replies, or the error that lost them)."""
 
-    __slots__ = ("deadline", "future", "missing", "replies")
+    __slots__ = ("deadline", "future", "missing", "replies", "then")
 
-    def __init__(self, future: asyncio.Future[list[Reply]], size: int, deadline: float) -> None:
+    def __init__(
+        self,
+        future: asyncio.Future[list[Reply]] | None,
+        then: Answered | None,
+        size: int,
+        deadline: float,
+    ) -> None:
         self.future = future
+        self.then = then
         self.missing = size
         self.replies: list[Reply] = []
         self.deadline = deadline
+
+    def resolve(self, outcome: list[Reply] | Exception) -> None:
+        if self.then is not None:
+            self.then(outcome)
+        elif self.future is not None and not self.future.done():  # its caller may be gone
+            if isinstance(outcome, Exception):
+                self.future.set_exception(outcome)
+            else:
+                self.future.set_result(outcome)
 
 
 class _Protocol(asyncio.Protocol):
@@ -110,6 +133,10 @@ class RespConnection:
         self._in_flight = 0  # replies still to come for commands written
         self._opening: asyncio.Lock | None = None
         self._watchdog: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the one that opened the socket
+        self._urgent = 0  # commands in `_outgoing` someone awaits (not only `send`s)
+        self._flush_due = False  # a write is scheduled for the end of this turn of the loop
+        self._linger: asyncio.TimerHandle | None = None  # a later write, for `send`s alone
 
     @property
     def is_open(self) -> bool:
@@ -128,38 +155,66 @@ class RespConnection:
 
     def submit(self, payload: bytes, count: int) -> asyncio.Future[list[Reply]]:
         """Queue `count` encoded commands on the open connection; a future of their replies
-        that fails with a redis-py error when Redis does not answer within the timeout.
-        Without awaiting, so a caller that only needs to know about failures can add a
-        callback instead of keeping a task alive."""
-        if self._transport is None:
+        that fails with a redis-py error when Redis does not answer within the timeout."""
+        if self._transport is None or self._loop is None:
             raise RedisConnectionError("not connected")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[Reply]] = loop.create_future()
-        self._waiting.append(_Pending(future, count, loop.time() + self._timeout))
-        if not self._outgoing and not self._in_flight:
-            loop.call_soon(self._flush)
+        future: asyncio.Future[list[Reply]] = self._loop.create_future()
+        self._urgent += 1
+        self._queue(payload, _Pending(future, None, count, self._loop.time() + self._timeout))
+        return future
+
+    def send(self, payload: bytes, count: int, then: Answered) -> None:
+        """As `submit`, for commands nobody waits for: `then` is called with the replies, or
+        with the redis-py error when Redis does not answer in time. No future, no task. They
+        leave with the next command someone awaits, or within `_LINGER_S`: under load most
+        ride along in another request's write instead of costing a write (and a Redis read)
+        of their own."""
+        if self._transport is None or self._loop is None:
+            raise RedisConnectionError("not connected")
+        self._queue(payload, _Pending(None, then, count, self._loop.time() + self._timeout))
+
+    def _queue(self, payload: bytes, pending: _Pending) -> None:
+        loop = self._loop
+        assert loop is not None
+        self._waiting.append(pending)
         self._outgoing.append(payload)
-        self._queued += count
+        self._queued += pending.missing
+        if not self._in_flight:
+            self._schedule(loop)
         if self._watchdog is None:
             self._watchdog = loop.call_later(self._timeout, self._check_deadlines)
-        return future
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Nothing in flight: write at the end of this turn of the loop if someone waits for
+        a reply, else a little later."""
+        if self._flush_due:
+            return
+        if self._urgent:
+            self._flush_due = True
+            loop.call_soon(self._flush)
+        elif self._linger is None:
+            self._linger = loop.call_later(_LINGER_S, self._flush)
 
     def _flush(self) -> None:
         """Everything submitted since the last write, in one write. Called at the end of the
         event loop's turn when nothing is in flight, else when the last reply to what is in
         flight arrives: under load, one write and one read carry many requests' commands,
         and each command still waits for one round trip (plus, at most, the one before it)."""
+        self._flush_due = False
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         outgoing, self._outgoing = self._outgoing, []
         if self._transport is not None and outgoing:
             self._in_flight += self._queued
-            self._queued = 0
+            self._queued = self._urgent = 0
             self._transport.write(b"".join(outgoing) if len(outgoing) > 1 else outgoing[0])
 
     def _check_deadlines(self) -> None:
         self._watchdog = None
-        if not self._waiting:
+        if not self._waiting or self._loop is None:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         late = self._waiting[0].deadline - loop.time()
         if late <= 0:
             # Replies to what was sent may still come; this socket's order can't be trusted.
@@ -175,11 +230,13 @@ class RespConnection:
         pending.missing -= 1
         if pending.missing == 0:
             self._waiting.popleft()
-            if not pending.future.done():  # its caller may have been cancelled
-                pending.future.set_result(pending.replies)
+            pending.resolve(pending.replies)
         self._in_flight -= 1
         if not self._in_flight and self._outgoing:
-            self._flush()
+            if self._urgent:
+                self._flush()
+            elif self._loop is not None:
+                self._schedule(self._loop)
 
     async def _open(self) -> None:
         if self._opening is None:
@@ -202,6 +259,7 @@ class RespConnection:
             lambda: _Protocol(self), self._host, self._port, ssl=context
         )
         self._transport = transport  # no isinstance check: uvloop's are not asyncio.Transport
+        self._loop = loop
         setup: list[bytes] = []
         if self._password is not None:
             if self._username:
@@ -220,23 +278,22 @@ class RespConnection:
         transport, self._transport = self._transport, None
         if transport is not None:
             transport.abort()
-        watchdog, self._watchdog = self._watchdog, None
-        if watchdog is not None:
-            watchdog.cancel()
+        for timer in (self._watchdog, self._linger):
+            if timer is not None:
+                timer.cancel()
+        self._watchdog = self._linger = None
         self._outgoing = []
-        self._queued = self._in_flight = 0
+        self._queued = self._in_flight = self._urgent = 0
         waiting, self._waiting = self._waiting, deque()
         for pending in waiting:
-            if not pending.future.done():
-                pending.future.set_exception(error)
+            pending.resolve(error)
 
     async def close(self) -> None:
         """Let what was submitted reach Redis and be answered (briefly), then close."""
-        self._flush()
-        if self._waiting:
-            last = self._waiting[-1].future
+        if self._waiting and self._transport is not None:
+            # Replies come in order: once this one is in, so are all before it.
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(last), self._timeout)
+                await asyncio.wait_for(self.submit(encode("PING"), 1), self._timeout)
         self._drop(RedisConnectionError("closed"))
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.sleep(0)  # let the transport finish closing
