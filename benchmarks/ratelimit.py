@@ -215,7 +215,10 @@ def start_sluice(
         *overhead.sluice_command(),
         *("serve", "--host", "127.0.0.1", "--port", str(port)),
         *("--policies", str(policies), "--log-level", "warning"),
-        *("--data-dir", str(tmp / "data")),
+        # A data directory each, as two deployments have: in one, the two audit logs would
+        # share a directory and one dashboard index, which follows the newest segment only,
+        # so one gateway's records would be indexed (twice, by both) and the other's never.
+        *("--data-dir", str(tmp / f"data-{name.replace(' ', '-')}")),
     ]
     log_path = tmp / f"sluice-{name.replace(' ', '-')}.log"
     log = stack.enter_context(log_path.open("wb"))
@@ -748,7 +751,8 @@ def section(
             f"{ceiling}` (high enough never to refuse, so both key groups, the caller's and "
             "the model's, are counted on every request), *no limits* has no limits at all. "
             "Both keep the default audit log and dashboard (the policies have no audit.yaml "
-            "and the repository's identity.yaml), as a deployment runs them. "
+            "and the repository's identity.yaml), each in a data directory of its own, as "
+            "a deployment runs them. "
             "Requests carry one personal token issued with `sluice token issue` into Redis "
             "(REDIS_URL set). Before measuring, *limits* answered `x-ratelimit-limit-requests: "
             f"{report.limits_header}` and *no limits* no such header. Each scenario warms "
