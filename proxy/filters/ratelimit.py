@@ -14,7 +14,7 @@ import time
 
 from proxy.context import Deny, RequestContext
 from proxy.errors import ErrorKind
-from proxy.ratelimit.checks import Claim, Plan, Unit
+from proxy.ratelimit.checks import Claim, Plan
 from proxy.ratelimit.limiter import Limiter, LimitsUnavailable
 from proxy.ratelimit.plan import (
     Ticket,
@@ -56,15 +56,14 @@ class RateLimit:
         if not plan.checks:
             return None
         tokens = estimate_tokens(ctx.body) if plan.needs_tokens else 0
-        if tokens:
-            for check in plan.checks:
-                if check.unit is Unit.TOKENS and tokens > check.limit:
-                    return Deny(
-                        ErrorKind.RATE_LIMITED,
-                        f"This request needs about {tokens} tokens, more than the limit of "
-                        f"{int(check.limit)} tokens per minute allows at once.",
-                        code="rate_limit_exceeded",
-                    )
+        ceiling = plan.token_ceiling
+        if ceiling is not None and tokens > ceiling.limit:
+            return Deny(
+                ErrorKind.RATE_LIMITED,
+                f"This request needs about {tokens} tokens, more than the limit of "
+                f"{int(ceiling.limit)} tokens per minute allows at once.",
+                code="rate_limit_exceeded",
+            )
         claim = Claim(plan, tokens, ctx.request_id, _DAY - now % _DAY)
         try:
             decision, backend = await self._limiter.acquire(

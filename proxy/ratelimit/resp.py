@@ -4,9 +4,10 @@ pipelined on one socket and replies matched in order (RESP2).
 Built for CPU per request, which is what limits a gateway on one core: an asyncio protocol
 parses replies as the bytes arrive (no reader task, no stream wake-ups), commands wait while
 one write's replies are outstanding and then leave together (under load one system call and one
-read carry many requests' commands; idle, a command leaves at the end of the loop's turn), and
-one timer per connection enforces the timeout instead of one per call. Errors are redis-py's
-exception types, so callers handle one family.
+read carry many requests' commands; idle, a command leaves at the end of the loop's turn, or,
+when nobody awaits its reply, with the next one that somebody does), and one timer per
+connection enforces the timeout instead of one per call. Errors are redis-py's exception types,
+so callers handle one family.
 """
 
 from __future__ import annotations
