@@ -2,7 +2,8 @@
 
 A request given up on (cancelled) hands its worker back once the worker answers, unless the
 job overruns the time limit, which ends the worker; a full queue refuses at once; a worker
-killed in the middle of a job fails that job closed and is replaced; and a conversation resent
+killed in the middle of a job fails that job closed and is replaced, and one killed while idle
+is replaced before a request needs it; and a conversation resent
 turn after turn only sends the worker texts it has not seen, the answers Sluice scanned on
 their way back included.
 """
@@ -111,6 +112,21 @@ async def test_a_worker_killed_mid_job_fails_it_closed_and_is_replaced(
     found = await pool.detect(config, ["Call +1 212 555 0187 tomorrow"], 60.0)
     assert [f.entity for f in found[0]] == ["PHONE_NUMBER"]
     assert pool.worker_pids() != [pid]
+
+
+async def test_a_worker_killed_while_idle_is_replaced_before_the_next_request(
+    pool: ClassifierPool, snapshot: PolicySnapshot
+) -> None:
+    config = detector_config(snapshot.policy.classification)
+    (pid,) = pool.worker_pids()
+    os.kill(pid, signal.SIGKILL)
+    for _ in range(500):  # the loop watches the idle worker's pipe and sees it close
+        if pool.worker_pids() not in ([], [pid]):
+            break
+        await asyncio.sleep(0.01)
+    assert pool.worker_pids() not in ([], [pid])
+    found = await pool.detect(config, ["Write to jane.doe@example.com"], 60.0)
+    assert [f.entity for f in found[0]] == ["EMAIL_ADDRESS"]
 
 
 class RecordingDetection:

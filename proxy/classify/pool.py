@@ -1,9 +1,11 @@
 """Runs classification in worker processes, never on the event loop.
 
 Each worker has its own pipe: a request sends one message with the texts it needs classified
-and the event loop is woken by the worker's reply (`loop.add_reader`), with no threads in
-between. A bounded number of requests may wait for a worker; a worker that takes too long or
-dies fails its request closed and is replaced by a fresh one, which loads the models first.
+and the event loop is woken by the worker's reply, with no threads in between. The loop watches
+each pipe for as long as its worker lives (one reader, not one per job), so a worker that dies
+while idle is replaced at once, and a job costs the loop one timer, not two. A bounded number
+of requests may wait for a worker; a worker that takes too long or dies fails its request
+closed and is replaced by a fresh one, which loads the models first.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+import pickle
 import signal
 from collections import deque
 from collections.abc import Sequence
@@ -39,6 +42,9 @@ _Row = tuple[str, int, int, float, str]
 _Job = tuple[str, DetectorConfig | None, list[str]]
 # Worker to parent: ("ok", findings per text) or ("error", the exception's type name).
 _Reply = tuple[str, Any]
+# Both ends pickle plain tuples, strings and the config dataclass themselves: the standard
+# pickler, not the one `Connection.send` builds per message for sockets and other resources.
+_PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
 def _serve(conn: Connection) -> None:
@@ -48,7 +54,7 @@ def _serve(conn: Connection) -> None:
     detectors: dict[str, Detector] = {}
     while True:
         try:
-            job: _Job | None = conn.recv()
+            job: _Job | None = pickle.loads(conn.recv_bytes())
         except (EOFError, OSError):
             return
         if job is None:
@@ -67,7 +73,7 @@ def _serve(conn: Connection) -> None:
             reply: _Reply = ("ok", rows)
         except Exception as error:  # the parent fails the request closed; the worker lives on
             reply = ("error", type(error).__name__)
-        conn.send(reply)
+        conn.send_bytes(pickle.dumps(reply, _PROTOCOL))
 
 
 class ClassifierUnavailable(Exception):
@@ -82,10 +88,12 @@ class _WorkerLost(Exception):
 class _Worker:
     process: BaseProcess
     conn: Connection
+    fd: int  # the pipe's, kept so its reader can be removed before the pipe is closed
     configs: set[str] = field(default_factory=set)  # digests the worker has a detector for
     reply: asyncio.Future[_Reply] | None = None  # the job it is on, if any
-    loop: asyncio.AbstractEventLoop | None = None  # whose reader waits for that reply
-    expiry: asyncio.TimerHandle | None = None  # ends the worker if that job runs too long
+    loop: asyncio.AbstractEventLoop | None = None  # whose reader watches the pipe
+    expiry: asyncio.TimerHandle | None = None  # the job's next deadline
+    job_deadline: float = 0.0  # the job's time limit runs out, in `loop.time()`
 
 
 class ClassifierPool:
@@ -182,17 +190,30 @@ class ClassifierPool:
                 worker.configs.clear()
             worker.configs.add(digest)
             job = (digest, config, texts)
+        self._watch(worker, loop)
         try:
-            worker.conn.send(job)
+            worker.conn.send_bytes(pickle.dumps(job, _PROTOCOL))
         except (OSError, ValueError):
             raise _WorkerLost from None
         worker.reply = reply = loop.create_future()
-        worker.loop = loop
-        loop.add_reader(worker.conn.fileno(), self._on_reply, worker)
-        worker.expiry = loop.call_later(time_limit, self._expire, worker, reply)
-        async with asyncio.timeout(wait_limit):
-            message: _Reply = await reply
+        now = loop.time()
+        worker.job_deadline = now + time_limit
+        # One timer per job, at whichever deadline comes first.
+        if wait_limit < time_limit:
+            worker.expiry = loop.call_at(now + wait_limit, self._give_up, worker, reply)
+        else:
+            worker.expiry = loop.call_at(worker.job_deadline, self._expire, worker, reply)
+        message: _Reply = await reply
         return message
+
+    def _give_up(self, worker: _Worker, reply: asyncio.Future[_Reply]) -> None:
+        """The request's own deadline passed before its job's: the request fails, and the job
+        keeps its worker until the job's time limit."""
+        if worker.reply is not reply or worker.loop is None:
+            return
+        if not reply.done():
+            reply.set_exception(TimeoutError())
+        worker.expiry = worker.loop.call_at(worker.job_deadline, self._expire, worker, reply)
 
     def _expire(self, worker: _Worker, reply: asyncio.Future[_Reply]) -> None:
         """The job ran out of time: a stuck worker cannot be trusted with the next one."""
@@ -204,22 +225,44 @@ class ClassifierPool:
             log.error("classification_timeout_unattended")
         self._discard(worker)
 
-    def _on_reply(self, worker: _Worker) -> None:
-        """The worker's pipe is readable: its reply, or the end of a worker that died."""
-        reply, loop = worker.reply, worker.loop
-        if reply is None or loop is None:  # discarded already
+    def _watch(self, worker: _Worker, loop: asyncio.AbstractEventLoop) -> None:
+        """Have `loop` watch the worker's pipe (once: the reader stays until the worker ends;
+        tests run each on a loop of their own, so a pool may move to another loop)."""
+        if worker.loop is loop:
             return
-        loop.remove_reader(worker.conn.fileno())
+        self._unwatch(worker)
+        loop.add_reader(worker.fd, self._on_readable, worker)
+        worker.loop = loop
+
+    def _unwatch(self, worker: _Worker) -> None:
+        """Stop watching the pipe; before it is closed, or its number could come back for
+        another file that the loop would then believe it watches already."""
+        loop, worker.loop = worker.loop, None
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(worker.fd)
+
+    def _on_readable(self, worker: _Worker) -> None:
+        """The worker's pipe is readable: the reply to its job, or the end of a worker that
+        died, on a job or idle."""
+        if worker not in self._live:  # discarded or shut down already
+            self._unwatch(worker)
+            return
+        reply = worker.reply
         if worker.expiry is not None:
             worker.expiry.cancel()
-        worker.reply, worker.loop, worker.expiry = None, None, None
+        worker.reply, worker.expiry = None, None
         try:
-            message: _Reply = worker.conn.recv()
+            message: _Reply = pickle.loads(worker.conn.recv_bytes())
         except (EOFError, OSError):
-            if not reply.done():
-                reply.set_exception(_WorkerLost())
-            else:  # nobody waits for it any more; still, replace it
+            self._unwatch(worker)  # at end-of-file the pipe stays readable
+            if reply is not None and not reply.done():
+                reply.set_exception(_WorkerLost())  # its request replaces the worker
+            else:  # idle, or nobody waits for its reply any more; still, replace it
                 self._discard(worker)
+            return
+        if reply is None:  # a message nobody asked for: the worker cannot be trusted
+            log.error("classification_unexpected_reply")
+            self._discard(worker)
             return
         if not reply.done():
             reply.set_result(message)
@@ -244,8 +287,9 @@ class ClassifierPool:
             )
             process.start()
             child_end.close()  # so the parent sees end-of-file when the worker dies
-            worker = _Worker(process, parent_end)
+            worker = _Worker(process, parent_end, parent_end.fileno())
             self._live.append(worker)
+            self._watch(worker, asyncio.get_running_loop())
             if self._config is None:
                 self._release(worker)
             else:
@@ -277,13 +321,12 @@ class ClassifierPool:
         self._live.remove(worker)
         if worker in self._idle:
             self._idle.remove(worker)
-        if worker.loop is not None and not worker.loop.is_closed():
-            worker.loop.remove_reader(worker.conn.fileno())
+        self._unwatch(worker)
         if worker.reply is not None and not worker.reply.done():
             worker.reply.set_exception(_WorkerLost())
         if worker.expiry is not None:
             worker.expiry.cancel()
-        worker.reply, worker.loop, worker.expiry = None, None, None
+        worker.reply, worker.expiry = None, None
         worker.process.kill()  # reaped by multiprocessing when the next worker starts
         worker.conn.close()
         if restart:
@@ -294,11 +337,15 @@ class ClassifierPool:
         return [w.process.pid for w in self._live if w.process.pid]
 
     def shutdown(self) -> None:
-        """Stop every worker: ask, then wait, then force."""
+        """Stop every worker: ask, then wait, then force. Called on the thread of the loop that
+        watches the workers, or once no loop runs (`close` does the loop's part first)."""
         workers, self._live, self._idle = self._live, [], []
         for worker in workers:
+            self._unwatch(worker)
+            if worker.expiry is not None:
+                worker.expiry.cancel()
             with contextlib.suppress(OSError, ValueError):  # a dead worker needs no asking
-                worker.conn.send(None)
+                worker.conn.send_bytes(pickle.dumps(None, _PROTOCOL))
         for worker in workers:
             worker.process.join(timeout=5)
             if worker.process.is_alive():
@@ -311,4 +358,8 @@ class ClassifierPool:
         self._waiters.clear()
 
     async def close(self) -> None:
+        for worker in self._live:
+            self._unwatch(worker)  # here, on the loop's thread; the waiting is done off it
+            if worker.expiry is not None:
+                worker.expiry.cancel()
         await asyncio.get_running_loop().run_in_executor(None, self.shutdown)
