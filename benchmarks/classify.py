@@ -344,6 +344,7 @@ class Conversations:
     variants: list[ConversationResult]
     cached_request_s: float  # the last turn again, every text already in the cache
     round_trip_s: float  # the pool, one two-character text
+    detect_s: float = 0.0  # the detector alone on that text, in this process
 
 
 def processes_cpu_s(pids: Iterable[int]) -> float:
@@ -1213,8 +1214,10 @@ def section(r: Results, started: str, host: str, elapsed: float) -> str:
             f"{requests.turns} resent with every text already cached takes "
             f"{conversation.cached_request_s * 1e3:.2f} ms in the filter (extraction, hashing, "
             "the decision); a pool round trip for a two-character text takes "
-            f"{conversation.round_trip_s * 1e3:.2f} ms (of which the detector's own fixed cost "
-            "per text is most).",
+            f"{conversation.round_trip_s * 1e3:.2f} ms, of which the detector itself takes "
+            f"{conversation.detect_s * 1e3:.2f} ms in one process (its fixed cost per text); "
+            "the rest is the two processes' Python around the pipe and, on these VMs, waking "
+            "the idle CPU the other process waits on, once each way.",
             "",
         ]
     lines += [
@@ -1318,6 +1321,12 @@ def measure(args: argparse.Namespace) -> Results:
         conversation_result = asyncio.run(
             measure_conversation(engines.snapshot, conversation, args.conversation_rounds, bounds)
         )
+        alone = []
+        for _ in range(200):
+            began_detect = time.perf_counter()
+            engines.run_sluice("ok")
+            alone.append(time.perf_counter() - began_detect)
+        conversation_result.detect_s = statistics.median(alone)
         for variant in conversation_result.variants:
             log(
                 f"conversation, {variant.name}: cache speed-up {variant.speedup:.1f}x "
