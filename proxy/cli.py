@@ -158,6 +158,20 @@ def _audit_commands(commands: argparse._SubParsersAction[Any], defaults: Setting
         help="report progress on stderr (the default when stderr is a terminal)",
     )
     verify.add_argument("--json", action="store_true", help="the report as JSON")
+    verify.add_argument(
+        "--anchor",
+        action="append",
+        default=[],
+        metavar="SEQ:HASH",
+        help="a record known from outside the log (an earlier verify's last seq and hash, or "
+        "an audit_head log event) that must still be in it; repeatable",
+    )
+    verify.add_argument(
+        "--anchors",
+        type=Path,
+        metavar="FILE",
+        help="anchors from a file: SEQ:HASH lines, or JSON log lines (audit_head events)",
+    )
     verify.add_argument("--policies", type=Path, default=Path("policies"))
     _data_dir_option(verify, defaults)
     search = audit_commands.add_parser("search", help="records matching filters, as JSONL")
@@ -188,7 +202,7 @@ def _audit_commands(commands: argparse._SubParsersAction[Any], defaults: Setting
 
 def _audit(args: argparse.Namespace, defaults: Settings) -> int:
     from proxy.audit.search import Query, search, write_csv, write_jsonl
-    from proxy.audit.verify import verify
+    from proxy.audit.verify import parse_anchor, read_anchors, verify
 
     settings = dataclasses.replace(defaults, data_dir=args.data_dir)
     if args.audit_command == "verify":
@@ -196,9 +210,22 @@ def _audit(args: argparse.Namespace, defaults: Settings) -> int:
         if not directory.is_dir():
             print(f"sluice: {directory} is not a directory", file=sys.stderr)
             return 1
+        try:
+            anchors = read_anchors(args.anchors.read_text().splitlines()) if args.anchors else {}
+            for text in args.anchor:
+                seq, digest = parse_anchor(text)
+                if anchors.get(seq, digest) != digest:
+                    raise ValueError(f"two different hashes anchored for seq {seq}")
+                anchors[seq] = digest
+        except (OSError, ValueError) as exc:
+            print(f"sluice: {exc}", file=sys.stderr)
+            return 2
         show = args.progress or sys.stderr.isatty()
         report = verify(
-            directory, settings.audit_hmac_key, progress=_print_progress if show else None
+            directory,
+            settings.audit_hmac_key,
+            progress=_print_progress if show else None,
+            anchors=anchors,
         )
         if args.json:
             print(
@@ -212,6 +239,8 @@ def _audit(args: argparse.Namespace, defaults: Settings) -> int:
                         "bytes": report.bytes,
                         "last_seq": report.last_seq,
                         "last_hash": report.last_hash,
+                        "anchors_checked": report.anchors_checked,
+                        "anchors_retired": report.anchors_retired,
                     }
                 )
             )
@@ -223,6 +252,11 @@ def _audit(args: argparse.Namespace, defaults: Settings) -> int:
             f"{report.records} record(s) in {report.segments} segment(s), {megabytes:.1f} MB "
             f"in {report.seconds:.2f} s; last seq {report.last_seq}, hash {report.last_hash}"
         )
+        if anchors:
+            summary += (
+                f"; {report.anchors_checked} of {len(anchors)} anchor(s) found, "
+                f"{report.anchors_retired} deleted by retention"
+            )
         if report.ok:
             print(f"ok: {summary}", file=sys.stderr)
             return 0

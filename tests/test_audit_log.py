@@ -322,3 +322,59 @@ def test_an_unreadable_last_record_stops_startup(tmp_path: Path) -> None:
     with pytest.raises(AuditCorrupt):
         _writer(tmp_path)
     assert segment.exists()
+
+
+def test_anchors_must_still_be_in_the_log_with_their_hash(tmp_path: Path) -> None:
+    writer = _writer(tmp_path)
+    writer.write([_record(n) for n in range(5)])
+    writer.close()
+    head = verify(tmp_path, None)
+    assert head.ok and head.last_seq is not None and head.last_hash is not None
+    anchors = {head.last_seq: head.last_hash}
+    assert verify(tmp_path, None, anchors=anchors).anchors_checked == 1
+
+    wrong = verify(tmp_path, None, anchors={2: "0" * 64})
+    assert not wrong.ok and wrong.problems[0].seq == 2
+    assert "differs from its anchor" in wrong.problems[0].message
+
+    segment = next(tmp_path.glob("audit-*.jsonl"))
+    lines = segment.read_bytes().splitlines(keepends=True)
+    segment.write_bytes(b"".join(lines[:-1]))
+    assert verify(tmp_path, None).ok  # the chain alone cannot tell
+    cut = verify(tmp_path, None, anchors=anchors)
+    assert not cut.ok
+    assert "records cut off its end" in cut.problems[0].message
+
+
+def test_anchors_that_retention_deleted_are_accepted(tmp_path: Path) -> None:
+    writer = _writer(tmp_path, max_seconds=0.05)
+    writer.write([_record(0)])
+    old = verify(tmp_path, None)
+    assert old.last_seq is not None and old.last_hash is not None
+    time.sleep(0.06)
+    writer.limits = SegmentLimits(1 << 20, 0.05, 0.05 / 86400, True)
+    time.sleep(0.06)
+    writer.write([_record(1)])
+    writer.close()
+    report = verify(tmp_path, None, anchors={old.last_seq: old.last_hash})
+    assert report.ok, [str(p) for p in report.problems]
+    assert report.anchors_retired == 1
+
+
+def test_anchors_are_read_from_log_lines_or_seq_hash_pairs() -> None:
+    from proxy.audit.verify import read_anchors
+
+    digest = "ab" * 32
+    lines = [
+        json.dumps(
+            {"event": "audit_head", "segment": "audit-000001.jsonl", "seq": 7, "hash": digest}
+        ),
+        '{"event": "request", "status": 200}',
+        f"9:{digest.upper()}",
+        "",
+    ]
+    assert read_anchors(lines) == {7: digest, 9: digest}
+    with pytest.raises(ValueError, match="not an anchor"):
+        read_anchors(["7:abc"])
+    with pytest.raises(ValueError, match="two different hashes"):
+        read_anchors([f"7:{digest}", f"7:{'cd' * 32}"])

@@ -157,3 +157,43 @@ def test_serve_refuses_to_start_on_a_broken_policy(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "gateway.yaml:3:7:" in result.stderr
     assert "not starting" in result.stderr
+
+
+async def test_the_audit_heads_it_logs_catch_records_cut_off_the_end(served: Served) -> None:
+    """The chain cannot show its own end was cut off; the `audit_head` lines the gateway logs,
+    kept elsewhere (here: a file of its log), can."""
+    token = served.issue_token()
+    client = openai.AsyncOpenAI(base_url=served.url + "/v1", api_key=token, max_retries=0)
+    for _ in range(3):
+        await client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+        )
+    await client.close()
+    served.process.send_signal(signal.SIGTERM)
+    assert served.process.wait(timeout=10) == 0
+    assert served.process.stderr is not None
+    log_file = served.data_dir / "gateway.log"
+    log_file.write_bytes(served.process.stderr.read())
+    heads = [line for line in log_file.read_text().splitlines() if '"audit_head"' in line]
+    assert len(heads) >= 2  # the first batch's, and the last one's at shutdown
+    audit_dir = served.data_dir / "audit"
+
+    def verify(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "proxy", "audit", "verify", str(audit_dir), *extra],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    intact = verify("--anchors", str(log_file))
+    assert intact.returncode == 0, intact.stdout + intact.stderr
+    assert f"{len(heads)} of {len(heads)} anchor(s) found" in intact.stderr
+
+    segment = sorted(audit_dir.glob("audit-*.jsonl"))[-1]
+    lines = segment.read_bytes().splitlines(keepends=True)
+    segment.write_bytes(b"".join(lines[:-2]))  # the last two records, whole lines
+    assert verify().returncode == 0  # what the chain alone cannot see
+    cut = verify("--anchors", str(log_file))
+    assert cut.returncode == 1
+    assert "records cut off its end" in cut.stdout

@@ -170,8 +170,12 @@ async def test_lifecycle_events_are_logged(
         await runner.cleanup()
     events = [entry["event"] for entry in captured]
     assert events[:2] == ["audit_log_open", "gateway_started"]
-    assert events[-2:] == ["gateway_stopping", "gateway_stopped"]
+    # The audit chain's head as it closes: an anchor for `sluice audit verify --anchors`.
+    assert events[-3:] == ["gateway_stopping", "audit_head", "gateway_stopped"]
     assert captured[1]["tracing"] is False
+    head = captured[-2]
+    assert head["seq"] >= 1 and len(head["hash"]) == 64
+    assert head["segment"].startswith("audit-")
 
 
 async def test_one_server_span_with_a_child_per_filter_and_the_upstream_call(

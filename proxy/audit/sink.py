@@ -35,6 +35,10 @@ from proxy.policy.model import Audit
 
 log = structlog.get_logger("sluice.audit")
 
+# How often, at most, the chain's head (segment, seq, hash) is logged as `audit_head`; also
+# once when the sink closes.
+HEAD_EVERY_S = 60.0
+
 Record = dict[str, Any]
 
 
@@ -197,6 +201,11 @@ class SegmentWriter:
             os.close(self._fd)
             self._fd = None
 
+    @property
+    def segment(self) -> str | None:
+        """The segment the last committed record is in (or the open one)."""
+        return self._name
+
     def _still_ours(self) -> bool:
         """Whether the open file is still the segment at its path. A directory replaced or
         removed under a running gateway must stop requests, not swallow their records."""
@@ -330,7 +339,12 @@ class AuditSink:
     """
 
     def __init__(
-        self, writer: SegmentWriter, *, timeout: float = 10.0, linger: float = 0.05
+        self,
+        writer: SegmentWriter,
+        *,
+        timeout: float = 10.0,
+        linger: float = 0.05,
+        head_every: float = HEAD_EVERY_S,
     ) -> None:
         self._writer = writer
         self._timeout = timeout
@@ -348,6 +362,11 @@ class AuditSink:
         self._stuck: asyncio.Future[None] | None = None  # a write that outlived the timeout
         self.batches = 0  # group commits done, for benchmarks and tests
         self.records = 0
+        # The chain's head goes to the operational log now and then: shipped elsewhere, those
+        # lines are anchors `sluice audit verify --anchors` checks, which the chain alone
+        # cannot be for its own end.
+        self._head_every = head_every
+        self._next_head = 0.0
 
     @classmethod
     async def open(cls, directory: Path, chain: Chain, audit: Audit) -> AuditSink:
@@ -446,8 +465,16 @@ class AuditSink:
                 self.records += len(records)
                 if future is not None and not future.done():
                     future.set_result(None)
+                if time.monotonic() >= self._next_head:
+                    self._log_head()
         finally:
             self._flushing = None
+
+    def _log_head(self) -> None:
+        writer = self._writer
+        self._next_head = time.monotonic() + self._head_every
+        if writer.seq:
+            log.info("audit_head", segment=writer.segment, seq=writer.seq, hash=writer.prev)
 
     async def _write(self, records: list[Record], durable: asyncio.Future[None] | None) -> None:
         """One group commit: chain and write on the event loop (CPU work and a page-cache
@@ -505,6 +532,7 @@ class AuditSink:
         self._wakeup.set()
         while self._flushing is not None:
             await asyncio.shield(self._flushing)
+        self._log_head()
         try:
             await self._thread.run(self._writer.close)
         finally:

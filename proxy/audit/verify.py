@@ -4,13 +4,18 @@ segment to segment, and that no segment is missing or cut short.
 Each problem names the segment file, the line and the record's seq. Segments deleted by
 retention are accepted only when a retention record in the chain names them and the hash the
 chain continues from.
+
+The chain alone cannot show that records were cut off its end (the last segment deleted, or
+its last lines): anchors can. An anchor is a (seq, hash) pair kept outside the log, such as the
+`audit_head` events the gateway logs, or an earlier run's "last seq, hash"; each must still be
+in the log with that hash, unless retention deleted it.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +52,8 @@ class Report:
     last_seq: int | None = None
     last_hash: str | None = None
     seconds: float = 0.0
+    anchors_checked: int = 0  # found in the log with their hash
+    anchors_retired: int = 0  # older than the first record retention kept
 
     @property
     def ok(self) -> bool:
@@ -64,6 +71,8 @@ class _Chain:
     prev: str | None = None
     start: tuple[str, int, str] | None = None  # (segment, seq, prev) of a chain not from genesis
     retired: dict[str, tuple[int, str]] = field(default_factory=dict)  # by retention records
+    anchors: Mapping[int, str] = field(default_factory=dict)  # seq -> hash, from outside
+    anchored: set[int] = field(default_factory=set)  # anchors seen in the log
 
 
 def verify(
@@ -72,7 +81,9 @@ def verify(
     *,
     progress: ProgressCallback | None = None,
     progress_every: int = 64 * 1024 * 1024,
+    anchors: Mapping[int, str] | None = None,
 ) -> Report:
+    """Checks `directory`; `anchors` (seq -> hash) are records known from outside the log."""
     started = time.perf_counter()
     report = Report(directory)
     chain = Chain(key)
@@ -81,7 +92,7 @@ def verify(
         report.add(str(directory), None, None, "no audit segments here")
         return report
     total = sum(path.stat().st_size for _, path in segments)
-    state = _Chain()
+    state = _Chain(anchors=anchors or {})
     next_progress = progress_every
     previous_number: int | None = None
     for number, path in segments:
@@ -101,8 +112,10 @@ def verify(
                     next_progress += progress_every
         if line_number == 0:
             report.add(path.name, None, None, "segment is empty (truncated)")
+    start_problems = report.problem_count
     if state.start is not None:
         _check_start(report, state, segments[0][0])
+    _check_anchors(report, state, segments[-1][1].name, start_problems == report.problem_count)
     if progress is not None:
         progress(report.bytes, total)
     report.seconds = time.perf_counter() - started
@@ -167,6 +180,18 @@ def _check_line(
             "chain broken: prev is not the hash of the record before (inserted, reordered "
             "or the record before was replaced)",
         )
+    if seq in state.anchors:
+        state.anchored.add(seq)
+        if state.anchors[seq] == stated:
+            report.anchors_checked += 1
+        else:
+            report.add(
+                segment,
+                line_number,
+                seq,
+                f"record differs from its anchor (anchored hash {state.anchors[seq][:16]}…): "
+                "edited and re-chained, or the log replaced",
+            )
     state.expected_seq = seq + 1
     state.prev = stated
     report.last_seq = seq
@@ -213,6 +238,25 @@ def _fields(body: bytes) -> tuple[int, str, str, dict[str, Any] | None] | None:
     return record["seq"], str(record.get("prev")), str(record.get("kind")), record
 
 
+def _check_anchors(report: Report, state: _Chain, last_segment: str, start_ok: bool) -> None:
+    """Every anchor not met in the log: cut off its end, missing from its middle, or deleted
+    by retention (accepted only when the chain's start checked out)."""
+    first, last = report.first_seq, report.last_seq
+    for seq in sorted(set(state.anchors) - state.anchored):
+        if first is not None and seq < first and start_ok:
+            report.anchors_retired += 1
+        elif last is None or seq > last:
+            report.add(
+                last_segment,
+                None,
+                seq,
+                f"the log ends at seq {last}, before anchored seq {seq}: records cut off its "
+                "end, or its last segments deleted",
+            )
+        else:
+            report.add(str(report.directory), None, seq, f"anchored seq {seq} is not in the log")
+
+
 def _check_start(report: Report, state: _Chain, first_number: int) -> None:
     """A chain that does not start at seq 1 from the genesis hash must continue from the
     last record of a segment a retention record says it deleted."""
@@ -229,3 +273,38 @@ def _check_start(report: Report, state: _Chain, first_number: int) -> None:
         seq,
         f"chain starts at seq {seq} without a retention record for {missing}: segment missing",
     )
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def parse_anchor(text: str) -> tuple[int, str]:
+    """`SEQ:HASH`, as `verify` prints the last record and the gateway logs `audit_head`."""
+    seq, _, digest = text.strip().partition(":")
+    digest = digest.strip().lower()
+    if not seq.strip().isdigit() or len(digest) != 64 or not set(digest) <= _HEX:
+        raise ValueError(f"not an anchor (SEQ:HASH, a 64-hex hash): {text.strip()[:80]!r}")
+    return int(seq), digest
+
+
+def read_anchors(lines: list[str]) -> dict[int, str]:
+    """Anchors from a file: `SEQ:HASH` lines, or JSON log lines with `seq` and `hash` (the
+    gateway's `audit_head` events as a log store exports them); other JSON lines are skipped."""
+    anchors: dict[int, str] = {}
+    for line in lines:
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("{"):
+            try:
+                event = json.loads(line)
+            except ValueError:
+                raise ValueError(f"not a JSON line: {line.strip()[:80]!r}") from None
+            seq, digest = event.get("seq"), event.get("hash")
+            if not isinstance(seq, int) or not isinstance(digest, str):
+                continue
+            line = f"{seq}:{digest}"
+        seq_number, digest = parse_anchor(line)
+        if anchors.get(seq_number, digest) != digest:
+            raise ValueError(f"two different hashes anchored for seq {seq_number}")
+        anchors[seq_number] = digest
+    return anchors
