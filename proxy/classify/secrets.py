@@ -149,6 +149,7 @@ _CAMEL_HUMP = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _KEY_START = re.compile(r"[\w.-]*.\Z", re.DOTALL)  # the name the keyword is a part of
 _IDENTIFIER_PATH = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
 _SNAKE_CASE = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)+")
+_VERSION = re.compile(r"[vV]?\d+(?:\.\d+)+(?:[-+.][\w.]+)?")
 
 
 def _assigned_secret(value: str, match: re.Match[str]) -> bool:
@@ -159,6 +160,12 @@ def _assigned_secret(value: str, match: re.Match[str]) -> bool:
         return False  # `arn:aws:secretsmanager:...`, `AWS::MSK::ScramSecret`: part of a name
     if _REFERENCE_SUFFIX.search(_CAMEL_HUMP.sub("_", match["suffix"]).lower()):
         return False
+    key_word = text[match.start() : match.start() + 5].lower()
+    bare_pass = key_word[:4] == "pass" and not key_word[4:].isalpha()
+    if bare_pass and (text[match.start() - 1 : match.start()].isalpha() or match["op"] == "is"):
+        return False  # `bypass=`, `compass =`; "the boarding pass is ..."
+    if match["op"] == "is" and _VERSION.fullmatch(value):
+        return False  # prose: "the secret is v2.3.1-beta"
     start, end = match.span("secret")
     quote = text[start - 1 : start]
     quoted = quote in ('"', "'", "`") and text[end : end + 1] == quote
@@ -332,7 +339,10 @@ def _aws_rules() -> list[SecretRule]:
             r"""(?x)
             (?:
                 NAMES (?:["'`]?[ \t]*(?::=|=>|[:=])|[ \t]+is:?)[ \t]*["'`]?
-              | (?:AKIA|ASIA) NOT_AFTER [A-Z2-7]{16}["'`]?[\s,;:|]{1,4}["'`]?  # key id, secret
+              | (?:AKIA|ASIA) NOT_AFTER [A-Z2-7]{16}["'`]?[\s,;:|]{1,4}  # key id, secret
+                (?:(?:and[ \t]+)?(?:the[ \t]+)?[Ss]ecret(?:[ \t_-]?(?:access[ \t_-]?)?key)?
+                   (?:[ \t]+is)?[\s:=]{1,3})?  # "key id AKIA..., secret ..."
+                ["'`]?
             )
             ([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])
             """.replace(
@@ -355,6 +365,7 @@ def _aws_rules() -> list[SecretRule]:
             + secret_keys[2]
             + '", "SessionToken": "IQoJb3JpZ2luX2Vj"}}',
             f"Access key ID,Secret access key\n{key_ids[0]},{secret_keys[3]}\n",
+            f"Use key id {key_ids[1]}, secret {secret_keys[0]} for the demo bucket.",
         ),
         near_misses=(
             'aws_secret_access_key = os.environ["AWS_SECRET_ACCESS_KEY"]',
@@ -869,13 +880,15 @@ def _generic_rules() -> list[SecretRule]:
             NAMES
             (?P<suffix>[A-Za-z0-9_.-]{0,40}+)
             (?:\\?["'`]\]?)?    # the key's closing quote (escaped in JSON in JSON), or `"]`
-            [ \t]*(?::[ \t]*[A-Za-z_][\w.\[\],|\ ]{0,40}?[ \t]*=|:=|=>|[:=])[ \t]*  # `key: str = `
+            [ \t]*(?P<op>:[ \t]*[A-Za-z_][\w.\[\],|\ ]{0,40}?[ \t]*=|:=|=>|[:=]  # `key: str = `
+              |(?<=[ \t])is(?=[ \t]))[ \t]*  # or prose: "the password is ..."
             (?:\\?["'`])?
             (?P<secret>[^\s"'`,;&<>()\[\]{}\\]{8,256}+)(?![^\s"'`,;&<>()\[\]{}\\])
             """.replace(
                 "NAMES",
                 _any_case(
                     "passw(?:or)?d",
+                    "pass(?![a-z])",  # DB_PASS; `bypass`, `compass` are left by the check
                     "passphrase",
                     "pwd",
                     "secret",
@@ -885,7 +898,7 @@ def _generic_rules() -> list[SecretRule]:
                 ),
             )
         ),
-        group=2,
+        group=3,  # suffix, op, secret
         min_entropy=3.0,
         check=_assigned_secret,
         keywords=(
@@ -913,6 +926,8 @@ def _generic_rules() -> list[SecretRule]:
             f"curl 'https://api.acme.io/v2/items?apikey={values[7]}&page=2'",
             f'os.environ["ACCESS_TOKEN"] = "{values[8]}"',
             f'{{"request": "{{\\"username\\": \\"ci\\", \\"password\\": \\"{values[9]}\\"}}"}}',
+            f"The staging database password is {values[0]} -- change it after the demo.",
+            f"DB_PASS={values[1]}\nDB_USER=reporting",
         ),
         near_misses=(
             'password = os.environ["PW"]',
@@ -943,6 +958,12 @@ def _generic_rules() -> list[SecretRule]:
             "#password_encryption = scram-sha-256",
             'url = f"https://api.acme.io/v1?api_key={api_key}&page={page}"',
             '{"keep_old_secret_active_for_24_hours": keep_old_secret_active_for_24_hours}',
+            "BYPASS_CACHE=Xk3j9Lm2Qp7",
+            "compass = N45E0123W7",
+            "Your boarding pass is BA2490LHR7, gate B12.",
+            "The secret is understanding your customers.",
+            "The password is incorrect.",
+            "Which build fixes it? The secret is v2.3.1-beta, out today.",
         ),
         score=0.7,
     )
