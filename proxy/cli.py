@@ -250,7 +250,8 @@ def _audit(args: argparse.Namespace, defaults: Settings) -> int:
         megabytes = report.bytes / 1e6
         summary = (
             f"{report.records} record(s) in {report.segments} segment(s), {megabytes:.1f} MB "
-            f"in {report.seconds:.2f} s; last seq {report.last_seq}, hash {report.last_hash}"
+            f"in {report.seconds:.2f} s; last record {report.last_seq}:{report.last_hash} "
+            "(keep it: a --anchor for later runs)"
         )
         if anchors:
             summary += (
