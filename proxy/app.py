@@ -6,6 +6,7 @@ Everything the handlers use is created in one cleanup context and hung off the a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import signal
 from collections.abc import AsyncIterator
@@ -105,21 +106,32 @@ def build_app(
 
     async def gateway(app: web.Application) -> AsyncIterator[None]:
         metrics = app[TELEMETRY].metrics
-        upstreams = UpstreamRegistry(metrics)
-        # vLLM pools start checking their endpoints now, and again after each reload.
-        upstreams.follow(store.current)
-        store.on_change(upstreams.follow)
-        idp_session = aiohttp.ClientSession()
-        tokens = open_token_store(settings.redis_url, settings.data_dir)
-        limiter = Limiter(settings.redis_url, metrics)
-        pool = classifier or ClassifierPool(settings.classify_workers)
-        if store.current.policy.classification.enabled:
-            await pool.warm_up(detector_config(store.current.policy.classification))
-        classify = Classify(pool)
-        shadow = None
-        if shadow_store is not None:
-            shadow = await _start_shadow(shadow_store, classify, pool, metrics)
-        audit = await _open_audit(store, settings)
+        # What startup opens is closed again if a later step fails (an unwritable audit
+        # directory, say); once started, the `finally` below closes it all in its own order.
+        async with contextlib.AsyncExitStack() as startup:
+            upstreams = UpstreamRegistry(metrics)
+            startup.push_async_callback(upstreams.close)
+            # vLLM pools start checking their endpoints now, and again after each reload.
+            upstreams.follow(store.current)
+            store.on_change(upstreams.follow)
+            idp_session = aiohttp.ClientSession()
+            startup.push_async_callback(idp_session.close)
+            tokens = open_token_store(settings.redis_url, settings.data_dir)
+            startup.push_async_callback(tokens.close)
+            limiter = Limiter(settings.redis_url, metrics)
+            startup.push_async_callback(limiter.close)
+            pool = classifier or ClassifierPool(settings.classify_workers)
+            if classifier is None:
+                startup.push_async_callback(pool.close)
+            if store.current.policy.classification.enabled:
+                await pool.warm_up(detector_config(store.current.policy.classification))
+            classify = Classify(pool)
+            shadow = None
+            if shadow_store is not None:
+                shadow = await _start_shadow(shadow_store, classify, pool, metrics)
+                startup.push_async_callback(shadow.close)
+            audit = await _open_audit(store, settings)
+            startup.pop_all()
         app[GATEWAY] = Gateway(
             store,
             upstreams,
