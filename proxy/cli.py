@@ -202,7 +202,7 @@ def _audit_commands(commands: argparse._SubParsersAction[Any], defaults: Setting
 
 def _audit(args: argparse.Namespace, defaults: Settings) -> int:
     from proxy.audit.search import Query, search, write_csv, write_jsonl
-    from proxy.audit.verify import parse_anchor, read_anchors, verify
+    from proxy.audit.verify import read_anchors, verify
 
     settings = dataclasses.replace(defaults, data_dir=args.data_dir)
     if args.audit_command == "verify":
@@ -211,12 +211,8 @@ def _audit(args: argparse.Namespace, defaults: Settings) -> int:
             print(f"sluice: {directory} is not a directory", file=sys.stderr)
             return 1
         try:
-            anchors = read_anchors(args.anchors.read_text().splitlines()) if args.anchors else {}
-            for text in args.anchor:
-                seq, digest = parse_anchor(text)
-                if anchors.get(seq, digest) != digest:
-                    raise ValueError(f"two different hashes anchored for seq {seq}")
-                anchors[seq] = digest
+            from_file = args.anchors.read_text().splitlines() if args.anchors else []
+            anchors = read_anchors(from_file + args.anchor)
         except (OSError, ValueError) as exc:
             print(f"sluice: {exc}", file=sys.stderr)
             return 2

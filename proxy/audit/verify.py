@@ -112,10 +112,8 @@ def verify(
                     next_progress += progress_every
         if line_number == 0:
             report.add(path.name, None, None, "segment is empty (truncated)")
-    start_problems = report.problem_count
-    if state.start is not None:
-        _check_start(report, state, segments[0][0])
-    _check_anchors(report, state, segments[-1][1].name, start_problems == report.problem_count)
+    start_ok = state.start is None or _check_start(report, state, segments[0][0])
+    _check_anchors(report, state, segments[-1][1].name, start_ok)
     if progress is not None:
         progress(report.bytes, total)
     report.seconds = time.perf_counter() - started
@@ -257,15 +255,15 @@ def _check_anchors(report: Report, state: _Chain, last_segment: str, start_ok: b
             report.add(str(report.directory), None, seq, f"anchored seq {seq} is not in the log")
 
 
-def _check_start(report: Report, state: _Chain, first_number: int) -> None:
+def _check_start(report: Report, state: _Chain, first_number: int) -> bool:
     """A chain that does not start at seq 1 from the genesis hash must continue from the
-    last record of a segment a retention record says it deleted."""
+    last record of a segment a retention record says it deleted. Whether it does."""
     assert state.start is not None
     segment, seq, prev = state.start
     before = segment_name(first_number - 1) if first_number > 1 else None
     retired = state.retired.get(before) if before is not None else None
     if retired is not None and retired == (seq - 1, prev):
-        return
+        return True
     missing = before or "the records before it"
     report.add(
         segment,
@@ -273,6 +271,7 @@ def _check_start(report: Report, state: _Chain, first_number: int) -> None:
         seq,
         f"chain starts at seq {seq} without a retention record for {missing}: segment missing",
     )
+    return False
 
 
 _HEX = frozenset("0123456789abcdef")
@@ -288,8 +287,8 @@ def parse_anchor(text: str) -> tuple[int, str]:
 
 
 def read_anchors(lines: list[str]) -> dict[int, str]:
-    """Anchors from a file: `SEQ:HASH` lines, or JSON log lines with `seq` and `hash` (the
-    gateway's `audit_head` events as a log store exports them); other JSON lines are skipped."""
+    """Anchors from `SEQ:HASH` lines, or JSON log lines with `seq` and `hash` (the gateway's
+    `audit_head` events as a log store exports them); other JSON lines are skipped."""
     anchors: dict[int, str] = {}
     for line in lines:
         if not line.strip():

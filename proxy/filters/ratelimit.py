@@ -55,8 +55,8 @@ class RateLimit:
         plan = self._plan(ctx, day)
         if not plan.checks:
             return None
-        tokens = estimate_tokens(ctx.body) if plan.needs_tokens else 0
-        ceiling = plan.token_ceiling
+        ceiling = plan.token_ceiling  # None: no limit counts tokens
+        tokens = estimate_tokens(ctx.body) if ceiling is not None else 0
         if ceiling is not None and tokens > ceiling.limit:
             return Deny(
                 ErrorKind.RATE_LIMITED,

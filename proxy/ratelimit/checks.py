@@ -58,7 +58,6 @@ class Plan:
 
     groups: tuple[tuple[Check, ...], ...]
     checks: tuple[Check, ...] = field(init=False)
-    needs_tokens: bool = field(init=False)
     token_ceiling: Check | None = field(init=False)  # the smallest tokens-per-minute limit
     has_slots: bool = field(init=False)
     cache: dict[str, Any] = field(init=False)  # for backends, by backend
@@ -67,7 +66,6 @@ class Plan:
         checks = tuple(c for group in self.groups for c in group)
         object.__setattr__(self, "checks", checks)
         tokens = [c for c in checks if c.unit is Unit.TOKENS]
-        object.__setattr__(self, "needs_tokens", bool(tokens))
         ceiling = min(tokens, key=lambda c: c.limit) if tokens else None
         object.__setattr__(self, "token_ceiling", ceiling)
         object.__setattr__(self, "has_slots", any(c.kind is Kind.SLOTS for c in checks))
